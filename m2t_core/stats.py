@@ -246,6 +246,11 @@ def momentum_batch_norm(
     x = np.asarray(x)
     check_floating(x.dtype, "x")
     ax = normalize_axis(axis, x.ndim)
+    if np.ndim(stats.mean) != 1 or np.shape(stats.var) != np.shape(stats.mean):
+        raise ValueError(
+            "stats.mean and stats.var must be vectors of one shape [C], got "
+            f"{np.shape(stats.mean)} and {np.shape(stats.var)}"
+        )
     num_features = stats.mean.shape[0]
     check_channels(x.shape[ax], num_features, x.shape, ax)
     for name, p in (("scale", scale), ("offset", offset)):

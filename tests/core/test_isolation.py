@@ -51,5 +51,11 @@ def test_nothing_importable_as_adapters(tmp_path):
     locations = json.loads(out.stdout)
     root = Path(__file__).resolve().parents[2]
     assert not any(Path(p).resolve().is_relative_to(root) for p in locations or [])
-    files = metadata.files("momentum2-teacher") or []
-    assert not [str(f) for f in files if str(f).split("/")[0] == "adapters"]
+    dists = list(metadata.distributions(name="momentum2-teacher"))
+    assert dists, "momentum2-teacher is not installed"
+    for dist in dists:
+        assert "adapters" not in (dist.read_text("top_level.txt") or "").split()
+        # An installed wheel's RECORD (not a source tree's egg-info SOURCES.txt) lists what it put
+        # on sys.path: nothing under adapters/.
+        if dist.read_text("RECORD") is not None:
+            assert not [str(f) for f in dist.files or [] if str(f).split("/")[0] == "adapters"]

@@ -298,6 +298,11 @@ def _x(shape=(4, 3), dtype=np.float32):
         (lambda: momentum_batch_norm(_x(), init_stats(3), alpha=0.5, eps=-1.0), ValueError, ["eps"]),
         (lambda: view_moments(_x((6, 3)), num_views=4, axis=1), ValueError, ["num_views=4", "6"]),
         (lambda: init_stats(0), ValueError, ["num_features", "0"]),
+        (
+            lambda: momentum_batch_norm(_x(), init_stats(3)._replace(var=np.ones(4)), alpha=0.5),
+            ValueError,
+            ["stats.mean", "(3,)", "(4,)"],
+        ),
         (lambda: init_stats(3, np.int64), TypeError, ["floating", "int64"]),
     ],
 )
