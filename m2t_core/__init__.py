@@ -9,6 +9,9 @@ on its own tensors and is tested against this package.
 * :mod:`m2t_core.ema` — the teacher parameter EMA (:func:`ema_update`);
 * :mod:`m2t_core.schedules` — cosine schedules for the teacher momentum and the statistics momentum;
 * :mod:`m2t_core.losses` — the symmetrised BYOL regression loss;
+* :mod:`m2t_core.datasets`, :mod:`m2t_core.augment`, :mod:`m2t_core.evaluation` — the examples'
+  data pipeline, the two view augmentations and the kNN / linear-probe evaluation (import them
+  directly; scikit-learn and Pillow are loaded only by the loaders that need them, extra ``[data]``);
 * :mod:`m2t_core.testing` — hypothesis strategies and :func:`~m2t_core.testing.assert_close`
   (needs ``hypothesis``; not imported here).
 
