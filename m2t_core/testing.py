@@ -235,8 +235,10 @@ def bn_cases(
     c = shape[ax]
     n = per_view * int(np.prod([s for i, s in enumerate(shape) if i not in (0, ax)], dtype=np.int64))
     allowed = [k for k in corrections if k == "biased" or n > 1]
-    if not allowed:
-        shape[0] = views * (per_view + 1)
+    if not allowed:  # n = 1 and only ÷(n−1) estimators requested: two samples per view instead
+        per_view += 1
+        shape[0] = views * per_view
+        n *= per_view
         allowed = list(corrections)
     correction = draw(st.sampled_from(allowed))
     correction_factor(n, correction)  # sanity: never draw an invalid case

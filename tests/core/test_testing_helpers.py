@@ -64,3 +64,11 @@ def test_ema_cases_are_valid(case):
 @given(loss_cases())
 def test_loss_cases_are_valid(case):
     assert np.isfinite(symmetric_loss(*case))
+
+
+@given(bn_cases(corrections=("unbiased", "official")))
+def test_bn_cases_without_biased_never_draw_n_equal_one(case):
+    kw = case.kwargs
+    n = case.x.size // (case.x.shape[kw["axis"]] * kw["num_views"])
+    assert n > 1
+    momentum_batch_norm(case.x, case.stats, **kw)
