@@ -6,6 +6,11 @@
 * :mod:`m2t_flax.nnx` — ``MomentumBatchNorm``, ``convert_momentum_bn``, ``M2Teacher`` and the
   jit-compiled ``train_step`` / ``make_train_step``;
 * :mod:`m2t_flax.linen` — ``MomentumBatchNorm`` for Linen models (statistics in ``batch_stats``);
+* :mod:`m2t_flax.linen_teacher` — the Linen M2T model (``M2Teacher``, ``M2TState``, the reference
+  backbone) and its jit-compiled train step;
+* :mod:`m2t_flax.interchange` — the framework-neutral checkpoint format shared with PyTorch and
+  Keras (``export_checkpoint``, ``import_checkpoint``, ``to_canonical``, ``from_canonical``, also
+  exported here);
 * :mod:`m2t_flax.parallel` — data-parallel training with per-device momentum statistics;
 * :mod:`m2t_flax.checkpoint` — save/restore the whole training state with orbax-checkpoint.
 
@@ -21,7 +26,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from m2t_flax import functional, linen, nnx
+from m2t_flax import functional, linen, linen_teacher, nnx
 from m2t_flax.functional import (
     CosineSchedule,
     MomentumStats,
@@ -36,6 +41,13 @@ from m2t_flax.functional import (
     teacher_momentum_schedule,
     view_moments,
 )
+from m2t_flax.interchange import (
+    checkpoint_config,
+    export_checkpoint,
+    from_canonical,
+    import_checkpoint,
+    to_canonical,
+)
 
 __version__ = "0.1.0"
 
@@ -45,11 +57,16 @@ __all__ = [
     "CosineSchedule",
     "MomentumStats",
     "checkpoint",
+    "checkpoint_config",
     "cosine_schedule",
     "ema_update",
+    "export_checkpoint",
+    "from_canonical",
     "functional",
+    "import_checkpoint",
     "init_stats",
     "linen",
+    "linen_teacher",
     "momentum_batch_norm",
     "nnx",
     "normalize",
@@ -58,6 +75,7 @@ __all__ = [
     "stats_momentum_schedule",
     "symmetric_loss",
     "teacher_momentum_schedule",
+    "to_canonical",
     "view_moments",
 ]
 

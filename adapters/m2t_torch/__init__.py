@@ -6,6 +6,9 @@
 * :func:`ema_update_`: the fused in-place teacher EMA;
 * :class:`M2Teacher`: the whole method around your backbone — ``loss = model(view1, view2)``;
 * :func:`sync_momentum_stats`: keep statistics identical across processes (one collective);
+* :class:`ReferenceNet`: the project's reference backbone, identical in every framework;
+* :func:`export_checkpoint` / :func:`import_checkpoint` (and in memory :func:`to_canonical` /
+  :func:`from_canonical`): the framework-neutral checkpoint format shared with Keras and Flax;
 * :mod:`m2t_torch.functional`: the core's functional API (:mod:`m2t_core`) on tensors.
 
 Conventions: ``alpha`` weights the **stored** statistics (torch's BN ``momentum`` weights the current
@@ -22,6 +25,14 @@ from m2t_torch.batchnorm import MomentumBatchNorm, MomentumBatchNorm1d, Momentum
 from m2t_torch.convert import convert_momentum_bn
 from m2t_torch.distributed import resolve_sync_stats, sync_momentum_stats
 from m2t_torch.ema import ema_update_
+from m2t_torch.interchange import (
+    checkpoint_config,
+    export_checkpoint,
+    from_canonical,
+    import_checkpoint,
+    to_canonical,
+)
+from m2t_torch.models import ReferenceNet
 from m2t_torch.networks import MLPHead, StudentNetwork, TeacherNetwork
 from m2t_torch.schedules import TorchCosineSchedule
 from m2t_torch.teacher import M2Teacher
@@ -35,12 +46,18 @@ __all__ = [
     "MomentumBatchNorm1d",
     "MomentumBatchNorm2d",
     "MomentumStats",
+    "ReferenceNet",
     "StudentNetwork",
     "TeacherNetwork",
     "TorchCosineSchedule",
+    "checkpoint_config",
     "convert_momentum_bn",
     "ema_update_",
+    "export_checkpoint",
+    "from_canonical",
     "functional",
+    "import_checkpoint",
     "resolve_sync_stats",
     "sync_momentum_stats",
+    "to_canonical",
 ]
