@@ -8,7 +8,8 @@ checks work on plain Python numbers, shapes and dtype names.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -136,3 +137,63 @@ def check_schedule_steps(
     if total_steps <= 0:
         raise ValueError(f"total_steps must be > 0, got {total_steps}")
     return int(total_steps)
+
+
+def check_param_trees(
+    teacher: Mapping[str, Any],
+    student: Mapping[str, Any],
+    *,
+    shape_of: Callable[[Any], tuple[int, ...]],
+    dtype_of: Callable[[Any], str],
+    check_leaf: Callable[[str, Any, Any], None] | None = None,
+    prefix: str = "",
+) -> None:
+    """Check that two (possibly nested) mappings of arrays pair up for an EMA.
+
+    Shared by the core and the adapters, which pass accessors for their own tensors, so every
+    framework names the same offending keys, shapes and dtypes in the same words.
+
+    Args:
+        teacher: Mapping of names to arrays (nested mappings are followed).
+        student: Mapping that must have the same keys, nesting and shapes.
+        shape_of: Static shape of one array, as a tuple (must not read values).
+        dtype_of: dtype name of one array (``"float32"``, ``"bfloat16"``, ``"int64"``, ...).
+        check_leaf: Optional ``(name, teacher_array, student_array)`` hook for framework checks
+            (tensor type, device), run before the shape and dtype checks.
+        prefix: Key path of the mappings, for messages.
+
+    Raises:
+        ValueError: keys differ (both sets of differing keys named), a key is a mapping on one side
+            only, or shapes differ (the key and both shapes named).
+        TypeError: a non-floating array (its key and dtype named).
+    """
+    t_keys, s_keys = set(teacher), set(student)
+    if t_keys != s_keys:
+        missing = sorted(prefix + str(k) for k in t_keys - s_keys)
+        extra = sorted(prefix + str(k) for k in s_keys - t_keys)
+        raise ValueError(
+            "teacher and student must have the same keys: "
+            f"only in teacher: {missing}, only in student: {extra}"
+        )
+    for key in teacher:
+        t, s = teacher[key], student[key]
+        name = prefix + str(key)
+        if isinstance(t, Mapping) or isinstance(s, Mapping):
+            if not (isinstance(t, Mapping) and isinstance(s, Mapping)):
+                raise ValueError(f"{name!r} is a mapping in only one of teacher and student")
+            check_param_trees(
+                t, s, shape_of=shape_of, dtype_of=dtype_of, check_leaf=check_leaf, prefix=name + "."
+            )
+            continue
+        if check_leaf is not None:
+            check_leaf(name, t, s)
+        for who, arr in (("teacher", t), ("student", s)):
+            dtype = dtype_of(arr)
+            if not dtype.startswith(("float", "bfloat")):
+                raise TypeError(
+                    f"{who}[{name!r}] has dtype {dtype}; the EMA runs over floating parameters only "
+                    "(keep counters and statistics out of it)"
+                )
+        t_shape, s_shape = tuple(shape_of(t)), tuple(shape_of(s))
+        if t_shape != s_shape:
+            raise ValueError(f"shape mismatch for {name!r}: teacher {t_shape} vs student {s_shape}")

@@ -22,37 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from m2t_core._validation import check_unit_interval, is_floating_dtype
+from m2t_core._validation import check_param_trees, check_unit_interval
 
 __all__ = ["ema_update"]
 
 
-def _check_trees(teacher: Mapping[str, Any], student: Mapping[str, Any], prefix: str = "") -> None:
-    t_keys, s_keys = set(teacher), set(student)
-    if t_keys != s_keys:
-        missing = sorted(prefix + str(k) for k in t_keys - s_keys)
-        extra = sorted(prefix + str(k) for k in s_keys - t_keys)
-        raise ValueError(
-            "teacher and student must have the same keys: "
-            f"only in teacher: {missing}, only in student: {extra}"
-        )
-    for key in teacher:
-        t, s = teacher[key], student[key]
-        name = prefix + str(key)
-        if isinstance(t, Mapping) or isinstance(s, Mapping):
-            if not (isinstance(t, Mapping) and isinstance(s, Mapping)):
-                raise ValueError(f"{name!r} is a mapping in only one of teacher and student")
-            _check_trees(t, s, name + ".")
-            continue
-        t_shape, s_shape = np.shape(t), np.shape(s)
-        if t_shape != s_shape:
-            raise ValueError(f"shape mismatch for {name!r}: teacher {t_shape} vs student {s_shape}")
-        for who, arr in (("teacher", t), ("student", s)):
-            if not is_floating_dtype(np.asarray(arr).dtype):
-                raise TypeError(
-                    f"{who}[{name!r}] has dtype {np.asarray(arr).dtype.name}; the EMA runs over "
-                    "floating parameters only (keep counters and statistics out of it)"
-                )
+def _check_trees(teacher: Mapping[str, Any], student: Mapping[str, Any]) -> None:
+    check_param_trees(teacher, student, shape_of=np.shape, dtype_of=lambda a: np.asarray(a).dtype.name)
 
 
 def _ema(teacher: Mapping[str, Any], student: Mapping[str, Any], m: float) -> dict[str, Any]:

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from m2t_core._validation import check_param_trees
 from m2t_torch._validation import check_weight, dtype_name
 
 __all__ = ["ema_update_"]
@@ -37,43 +38,31 @@ __all__ = ["ema_update_"]
 T = TypeVar("T", nn.Module, Mapping)
 
 
-def check_pairs(teacher: Mapping[str, Any], student: Mapping[str, Any], prefix: str = "") -> None:
+def _check_tensor_pair(name: str, t: Any, s: Any) -> None:
+    for who, arr in (("teacher", t), ("student", s)):
+        if not isinstance(arr, torch.Tensor):
+            raise TypeError(f"{who}[{name!r}] must be a torch.Tensor, got {type(arr).__name__}")
+    if t.device != s.device:
+        raise ValueError(f"device mismatch for {name!r}: teacher on {t.device}, student on {s.device}")
+
+
+def check_pairs(teacher: Mapping[str, Any], student: Mapping[str, Any]) -> None:
     """Check that two (possibly nested) mappings of tensors pair up: same keys, shapes, floating dtypes.
 
+    The core's checks (:func:`m2t_core._validation.check_param_trees`, same messages) plus tensor
+    type and device.
+
     Raises:
-        ValueError: keys differ (both sets named) or shapes differ (the key and both shapes named).
+        ValueError: keys differ (both sets named), shapes or devices differ (the key named).
         TypeError: a value is not a floating tensor.
     """
-    t_keys, s_keys = set(teacher), set(student)
-    if t_keys != s_keys:
-        missing = sorted(prefix + str(k) for k in t_keys - s_keys)
-        extra = sorted(prefix + str(k) for k in s_keys - t_keys)
-        raise ValueError(
-            "teacher and student must have the same keys: "
-            f"only in teacher: {missing}, only in student: {extra}"
-        )
-    for key in teacher:
-        t, s = teacher[key], student[key]
-        name = prefix + str(key)
-        if isinstance(t, Mapping) or isinstance(s, Mapping):
-            if not (isinstance(t, Mapping) and isinstance(s, Mapping)):
-                raise ValueError(f"{name!r} is a mapping in only one of teacher and student")
-            check_pairs(t, s, name + ".")
-            continue
-        for who, arr in (("teacher", t), ("student", s)):
-            if not isinstance(arr, torch.Tensor):
-                raise TypeError(f"{who}[{name!r}] must be a torch.Tensor, got {type(arr).__name__}")
-            if not arr.is_floating_point():
-                raise TypeError(
-                    f"{who}[{name!r}] has dtype {dtype_name(arr.dtype)}; the EMA runs over floating "
-                    "parameters only (keep counters and statistics out of it)"
-                )
-        if t.shape != s.shape:
-            raise ValueError(
-                f"shape mismatch for {name!r}: teacher {tuple(t.shape)} vs student {tuple(s.shape)}"
-            )
-        if t.device != s.device:
-            raise ValueError(f"device mismatch for {name!r}: teacher on {t.device}, student on {s.device}")
+    check_param_trees(
+        teacher,
+        student,
+        shape_of=lambda t: tuple(t.shape),
+        dtype_of=lambda t: dtype_name(t.dtype),
+        check_leaf=_check_tensor_pair,
+    )
 
 
 def lerp_weight(
