@@ -520,7 +520,13 @@ def normalize(x: Array, axis: int = -1, eps: float = NORM_EPS) -> Array:
         ValueError: ``x`` is a scalar.
     """
     xf = _as_float(x, "x")
-    norm = jnp.sqrt(jnp.sum(jnp.square(xf), axis=axis, keepdims=True))
+    squares = jnp.sum(jnp.square(xf), axis=axis, keepdims=True)
+    # The gradient of sqrt at 0 is inf, and inf·0 = NaN: one zero vector (a prediction whose ReLU
+    # layer is all off, with a zero bias) would make every weight NaN. Take a zero vector's norm as 0
+    # without differentiating sqrt there (torch.linalg.vector_norm's subgradient, so the gradient is
+    # x / eps as in m2t_torch and m2t_keras); values are unchanged, NaN rows stay NaN.
+    zero = squares == 0
+    norm = jnp.where(zero, 0.0, jnp.sqrt(jnp.where(zero, 1.0, squares)))
     return (xf / jnp.maximum(norm, jnp.asarray(eps, xf.dtype))).astype(jnp.asarray(x).dtype)
 
 

@@ -43,6 +43,7 @@ from m2t_core._validation import (
     check_correction,
     check_eps,
     check_num_views,
+    check_param_trees,
     check_unit_interval,
     correction_factor,
     normalize_axis,
@@ -391,39 +392,14 @@ def momentum_batch_norm(
 # teacher EMA
 
 
-def _is_mapping(t: Any) -> bool:
-    return isinstance(t, Mapping)
-
-
-def _check_trees(teacher: Mapping[str, Any], student: Mapping[str, Any], prefix: str = "") -> None:
-    """The reference's structure checks, on tensors (shapes and dtypes are read without a host sync)."""
-    t_keys, s_keys = set(teacher), set(student)
-    if t_keys != s_keys:
-        missing = sorted(prefix + str(k) for k in t_keys - s_keys)
-        extra = sorted(prefix + str(k) for k in s_keys - t_keys)
-        raise ValueError(
-            "teacher and student must have the same keys: "
-            f"only in teacher: {missing}, only in student: {extra}"
-        )
-    for key in teacher:
-        t, s = teacher[key], student[key]
-        name = prefix + str(key)
-        if _is_mapping(t) or _is_mapping(s):
-            if not (_is_mapping(t) and _is_mapping(s)):
-                raise ValueError(f"{name!r} is a mapping in only one of teacher and student")
-            _check_trees(t, s, name + ".")
-            continue
-        t, s = ops.convert_to_tensor(t), ops.convert_to_tensor(s)
-        if static_shape(t) != static_shape(s):
-            raise ValueError(
-                f"shape mismatch for {name!r}: teacher {static_shape(t)} vs student {static_shape(s)}"
-            )
-        for who, arr in (("teacher", t), ("student", s)):
-            if not keras.backend.is_float_dtype(dtype_name(arr)):
-                raise TypeError(
-                    f"{who}[{name!r}] has dtype {dtype_name(arr)}; the EMA runs over "
-                    "floating parameters only (keep counters and statistics out of it)"
-                )
+def _check_trees(teacher: Mapping[str, Any], student: Mapping[str, Any]) -> None:
+    """The reference's structure checks (same messages), on tensors: static shapes and dtype names only."""
+    check_param_trees(
+        teacher,
+        student,
+        shape_of=lambda t: static_shape(ops.convert_to_tensor(t)),
+        dtype_of=lambda t: dtype_name(ops.convert_to_tensor(t)),
+    )
 
 
 def ema_mix(teacher: Tensor, student: Tensor, momentum: Tensor | float) -> Tensor:
@@ -438,7 +414,7 @@ def ema_mix(teacher: Tensor, student: Tensor, momentum: Tensor | float) -> Tenso
 def _ema(teacher: Mapping[str, Any], student: Mapping[str, Any], m: Tensor | float) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, t in teacher.items():
-        if _is_mapping(t):
+        if isinstance(t, Mapping):
             out[key] = _ema(t, student[key], m)
         else:
             out[key] = ema_mix(ops.convert_to_tensor(t), ops.convert_to_tensor(student[key]), m)
@@ -602,7 +578,14 @@ def normalize(x: Tensor, axis: int = -1, eps: float = NORM_EPS) -> Tensor:
     """
     x = ops.convert_to_tensor(x)
     xf = _as_float(x, "x")
-    norm = ops.sqrt(ops.sum(ops.square(xf), axis=axis, keepdims=True))
+    squares = ops.sum(ops.square(xf), axis=axis, keepdims=True)
+    # The gradient of sqrt at 0 is inf, and inf·0 = NaN: a zero vector (e.g. a prediction whose
+    # ReLU layer is all zero, with a zero bias) would turn every weight NaN. Take the norm of a
+    # zero vector as 0 without differentiating sqrt there — torch.linalg.vector_norm's subgradient,
+    # so the gradient is the reference's (x / eps) in m2t_torch. The value is unchanged.
+    zero = squares == 0
+    root = ops.sqrt(ops.where(zero, ops.ones_like(squares), squares))
+    norm = ops.where(zero, ops.zeros_like(squares), root)
     # where(), not ops.maximum: on the PyTorch backend ops.maximum returns float32 for float64
     # inputs. A NaN norm stays NaN, as with a maximum.
     floor = as_dtype(eps, dtype_name(xf))

@@ -89,7 +89,8 @@ class M2Teacher(keras.Model):
 
     Logged by ``fit``: ``loss``, ``teacher_momentum`` (``m_k``) and ``stats_momentum`` (``α_k``)
     of the latest step. The schedules and the counter are variables, so ``jit_compile=True`` and
-    ``steps_per_execution > 1`` work, and nothing syncs to the host per batch.
+    ``steps_per_execution > 1`` work where the backend supports them (Keras's PyTorch trainer runs
+    one step per call), and nothing syncs to the host per batch.
 
     Precision: the wrapper itself runs in the backbone's variable dtype (float32 under
     ``mixed_bfloat16``), so the EMA and the loss are float32 while the backbone and heads compute
@@ -330,26 +331,17 @@ class M2Teacher(keras.Model):
             loss: Must be ``None``.
             metrics: Must be ``None``.
             **kwargs: Other ``keras.Model.compile`` arguments (``jit_compile``,
-                ``steps_per_execution``, ``run_eagerly``, ...).
+                ``steps_per_execution``, ``run_eagerly``, ...). ``jit_compile=True`` is XLA on
+                TensorFlow and JAX and ``torch.compile`` (inductor) on PyTorch, whose trainer
+                takes ``steps_per_execution=1`` only.
 
         Raises:
-            ValueError: ``loss`` or ``metrics`` is given, or ``jit_compile=True`` on the PyTorch
-                backend (torch.compile of this step produced non-finite weights in our tests).
+            ValueError: ``loss`` or ``metrics`` is given.
         """
         if loss is not None or metrics is not None:
             raise ValueError(
                 "M2Teacher computes its own loss and logs loss, teacher_momentum and "
                 f"stats_momentum; compile it with an optimizer only (got loss={loss!r}, metrics={metrics!r})"
-            )
-        if keras.backend.backend() == "torch" and kwargs.get("jit_compile") is True:
-            # Backend-specific by nature: Keras's jit_compile=True on PyTorch is torch.compile, and
-            # with torch 2.13 / Keras 3.15 its first step left non-finite predictor weights for an
-            # M2Teacher whose backbone has BatchNormalization (even with a plain-BN teacher and no
-            # EMA), while the eager step is correct. Fail loudly rather than train on NaNs.
-            raise ValueError(
-                "jit_compile=True is not supported for M2Teacher on the PyTorch backend "
-                "(torch.compile produced non-finite weights); use the default jit_compile='auto' "
-                "(eager), or the JAX or TensorFlow backend for compiled steps"
             )
         super().compile(optimizer=optimizer, **kwargs)
 

@@ -286,6 +286,25 @@ def test_normalize_keeps_zero_vectors_zero():
     np.testing.assert_array_equal(out, np.zeros((2, 3)))
 
 
+@pytest.mark.parametrize("mode", ["eager", "jit"])
+def test_zero_prediction_has_a_finite_gradient(mode):
+    # A zero prediction row (all ReLUs off, zero bias) must not turn the gradient NaN: d/dp of
+    # p / max(|p|, eps) at p = 0 is I / eps, as torch.nn.functional.normalize gives.
+    p = jnp.zeros((2, 4)).at[1].set(jnp.arange(1.0, 5.0))
+    z = jnp.ones((2, 4))
+
+    def loss(p):
+        return mf.symmetric_loss(p, p, z, z)
+
+    grad = jax.jit(jax.grad(loss))(p) if mode == "jit" else jax.grad(loss)(p)
+    assert np.isfinite(np.asarray(grad)).all()
+    # Row 0: L = mean_b[2·(2 − 2⟨p/eps, ẑ⟩)] with ẑ = z/2, so dL/dp = −4·ẑ / (eps · B).
+    np.testing.assert_allclose(np.asarray(grad[0]), -4 * 0.5 / (1e-12 * 2) * np.ones(4), rtol=1e-6)
+    assert float(loss(p)) == pytest.approx(
+        0.5 * (4.0 + 2 * (2 - 2 * float(jnp.sum(p[1] / jnp.linalg.norm(p[1]) * 0.5))))
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # bad input: the same errors as the reference
 
