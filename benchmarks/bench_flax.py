@@ -5,10 +5,12 @@
    ``MomentumBatchNorm``), once with each teacher ``MomentumBatchNorm`` swapped back for an
    ``nnx.BatchNorm`` (two-pass variance) normalising the whole concatenated batch, as a BYOL teacher
    does. Both are timed in one process and the table reports medians and their ratio. A third
-   variant, the plain-BN teacher whose BatchNorms also keep ``MomentumBatchNorm``'s two integer
-   counters (``step`` and ``skipped``, updated the same way) but none of its arithmetic, separates
-   what the momentum statistics cost from how XLA:CPU's runtime happens to schedule a step that has
-   a few more tiny state updates (on a 2-core CPU the latter is most of the gap).
+   variant is a control: the plain-BN teacher whose BatchNorms also keep ``MomentumBatchNorm``'s two
+   integer counters (``step`` and ``skipped``) but none of its arithmetic, with the step advanced by a
+   constant ``+ 1``. On a 2-core CPU that constant, data-independent update alone makes XLA:CPU's
+   concurrent runtime run the step ~10% slower (it then executes the teacher's and the student's
+   first convolutions one after the other), which is why ``MomentumBatchNorm`` computes its step
+   from the commit (``committed + skipped``) instead.
 2. **How to compile the NNX step** (on a small model, where per-call overhead shows): ``nnx.jit``,
    ``nnx.cached_partial`` over ``nnx.jit``, ``nnx.jit_partial(graph=False)`` (what
    ``make_train_step`` uses), and ``nnx.split``/``nnx.merge`` around ``jax.jit`` with the state
@@ -73,7 +75,11 @@ class MLPBackbone(nnx.Module):
 
 
 class CountingBatchNorm(nnx.BatchNorm):
-    """``nnx.BatchNorm`` plus ``MomentumBatchNorm``'s ``step`` and ``skipped`` counters (a control)."""
+    """``nnx.BatchNorm`` plus ``step`` and ``skipped`` counters, the step advanced by a constant ``+ 1``.
+
+    A control: ``MomentumBatchNorm`` keeps the same counters but advances its step by
+    ``committed + skipped``, a value that depends on the commit.
+    """
 
     def __init__(self, num_features: int, **kwargs: object) -> None:
         """Build the BatchNorm and its two int32 counters."""
@@ -253,7 +259,7 @@ def main() -> None:
     print()
     print(
         "| model | M2T step | plain-BN teacher | ratio of medians | ratio of minima "
-        "| XLA flops ratio | XLA bytes ratio | plain BN + counters (ratio to plain) |"
+        "| XLA flops ratio | XLA bytes ratio | control: plain BN + `step += 1` counters (ratio to plain) |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for kind in ("mlp", "conv"):
