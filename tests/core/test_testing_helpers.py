@@ -3,9 +3,17 @@
 import numpy as np
 import pytest
 from hypothesis import given
+from hypothesis import strategies as st
 
-from m2t_core import MomentumStats, ema_update, init_stats, momentum_batch_norm, symmetric_loss
-from m2t_core.testing import TOLERANCES, assert_close, bn_cases, ema_cases, loss_cases
+from m2t_core import (
+    MomentumStats,
+    ema_update,
+    init_stats,
+    momentum_batch_norm,
+    symmetric_loss,
+    view_moments,
+)
+from m2t_core.testing import TOLERANCES, assert_close, bn_cases, bn_rounding_bound, ema_cases, loss_cases
 
 
 def test_assert_close_uses_float32_tolerance():
@@ -72,3 +80,43 @@ def test_bn_cases_without_biased_never_draw_n_equal_one(case):
     n = case.x.size // (case.x.shape[kw["axis"]] * kw["num_views"])
     assert n > 1
     momentum_batch_norm(case.x, case.stats, **kw)
+
+
+@given(bn_cases(dtypes=st.just(np.dtype(np.float32)), training=st.just(True)))
+def test_bn_rounding_bound_covers_a_mean_rounded_by_three_ulp(case):
+    # The bound's model: the mixed mean of a float32 evaluation is off by a few ulp of the data's
+    # magnitude. Shift every mixed mean by three such ulp (in float64) and the output must stay
+    # within the bound, whichever channel and view has the smallest variance or the largest scale.
+    kw = case.kwargs
+    x = case.x.astype(np.float64)
+    mu_v, var_v = view_moments(x, num_views=kw["num_views"], axis=kw["axis"], correction=kw["correction"])
+    a = kw["alpha"]
+    mean_hat = (1 - a) * mu_v + a * case.stats.mean.astype(np.float64)
+    var_hat = (1 - a) * var_v + a * case.stats.var.astype(np.float64)
+    magnitude = max(np.max(np.abs(x)), np.max(np.abs(case.stats.mean)))
+    shifted = mean_hat + 3 * 2.0**-23 * magnitude
+
+    def normalize(mean):
+        xv = np.moveaxis(x, kw["axis"], -1)
+        views = xv.reshape(kw["num_views"], -1, xv.shape[-1])
+        y = (views - mean[:, None]) / np.sqrt(var_hat[:, None] + kw["eps"])
+        if kw["scale"] is not None:
+            y = y * kw["scale"] + kw["offset"]
+        return y
+
+    bound = bn_rounding_bound(case.x, case.stats, kw)
+    assert bound >= TOLERANCES["float32"][1]
+    np.testing.assert_allclose(normalize(shifted), normalize(mean_hat), rtol=0, atol=bound)
+
+
+def test_bn_rounding_bound_grows_as_the_spread_shrinks():
+    rng = np.random.default_rng(0)
+    kw = dict(alpha=0.0, num_views=1, axis=1, eps=1e-5, scale=None, offset=None, correction="biased")
+    stats = init_stats(3)
+    wide = (3.0 + rng.normal(size=(16, 3))).astype(np.float32)
+    narrow = (3.0 + 0.01 * rng.normal(size=(16, 3))).astype(np.float32)
+    tight = bn_rounding_bound(wide, stats, dict(kw, training=True))
+    loose = bn_rounding_bound(narrow, stats, dict(kw, training=True))
+    assert TOLERANCES["float32"][1] < tight < loose
+    assert bn_rounding_bound(narrow, stats, dict(kw, training=False)) == TOLERANCES["float32"][1]
+    assert bn_rounding_bound(narrow.astype(np.float64), stats, dict(kw, training=True)) is None

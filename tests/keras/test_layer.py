@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import m2t_core
 from m2t_core import MomentumStats
-from m2t_core.testing import assert_close, bn_cases
+from m2t_core.testing import assert_close, bn_cases, bn_rounding_bound
 from m2t_keras import MomentumBatchNormalization
 from m2t_keras._tensors import dtype_name
 
@@ -29,27 +29,6 @@ def wide_floats():
 
         return jax.enable_x64(True)
     return contextlib.nullcontext()
-
-
-def rounding_bound(x, stats, kw):
-    """Absolute error a float32 evaluation of y may carry when its operations are fused differently.
-
-    y = γ·(x − μ̂)/sqrt(σ̂² + eps) with μ̂ = (1−α)·μ_v + α·μ: rounding μ̂ costs up to a few ulp of
-    max(|x|, |μ|), which 1/sqrt(σ̂² + eps) amplifies. XLA contracts the mix into fused multiply-adds,
-    so compiled and eager results differ by that much where σ̂² is small (e.g. one sample per view
-    with a small α). The bound is the float32 default atol plus 8 ulp of that amplified error.
-    """
-    if not kw["training"]:
-        return 1e-6
-    _, var_v = m2t_core.view_moments(
-        x.astype(np.float64), num_views=kw["num_views"], axis=kw["axis"], correction=kw["correction"]
-    )
-    var_hat = (1 - kw["alpha"]) * var_v + kw["alpha"] * stats.var.astype(np.float64)
-    gain = (1.0 if kw["scale"] is None else np.max(np.abs(kw["scale"]))) / np.sqrt(
-        np.min(var_hat) + kw["eps"]
-    )
-    scale = max(np.max(np.abs(x)), np.max(np.abs(stats.mean)))
-    return 1e-6 + 8 * 2.0**-24 * scale * gain
 
 
 class TrainingCall(keras.layers.Layer):
@@ -116,7 +95,7 @@ def check_layer(case, scheduled, total_steps, compiled):
         y_ref, stats_ref = m2t_core.momentum_batch_norm(case.x, stats, **kw)
         tolerance = {}
         if compiled:
-            tolerance = {"atol": rounding_bound(case.x, stats, kw)}
+            tolerance = {"atol": bn_rounding_bound(case.x, stats, kw)}
             model = keras.Sequential(
                 [keras.Input(case.x.shape[1:], dtype=case.x.dtype.name), TrainingCall(layer, kw["training"])]
             )

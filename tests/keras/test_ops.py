@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 import m2t_core
 from m2t_core import MomentumStats
-from m2t_core.testing import assert_close, bn_cases, ema_cases, loss_cases, schedule_args
+from m2t_core.testing import assert_close, bn_cases, bn_rounding_bound, ema_cases, loss_cases, schedule_args
 from m2t_keras import ops as kops
 from m2t_keras._tensors import dtype_name
 
@@ -63,29 +63,12 @@ def run_bn(case, compiled):
     return jit(fn)(*tensors)
 
 
-def rounding_bound(case):
-    """Absolute error y may carry when a compiler fuses the mix differently (see test_layer.py)."""
-    kw = case.kwargs
-    if not kw["training"] or case.x.dtype != np.float32:
-        return None
-    x64 = case.x.astype(np.float64)
-    _, var_v = m2t_core.view_moments(
-        x64, num_views=kw["num_views"], axis=kw["axis"], correction=kw["correction"]
-    )
-    var_hat = (1 - kw["alpha"]) * var_v + kw["alpha"] * case.stats.var.astype(np.float64)
-    gain = (1.0 if kw["scale"] is None else np.max(np.abs(kw["scale"]))) / np.sqrt(
-        np.min(var_hat) + kw["eps"]
-    )
-    scale = max(np.max(np.abs(x64)), np.max(np.abs(case.stats.mean)))
-    return 1e-6 + 8 * 2.0**-24 * scale * gain
-
-
 def check_bn(case, compiled):
     with wide_floats():
         y_ref, stats_ref = m2t_core.momentum_batch_norm(case.x, case.stats, **case.kwargs)
         y, stats = run_bn(case, compiled)
         assert dtype_name(y) == case.x.dtype.name
-        assert_close(y, y_ref, atol=rounding_bound(case) if compiled else None)
+        assert_close(y, y_ref, atol=bn_rounding_bound(case.x, case.stats, case.kwargs) if compiled else None)
         assert_close(tuple(stats), tuple(stats_ref))
 
 
