@@ -8,7 +8,7 @@
    variant is a control: the plain-BN teacher whose BatchNorms also keep ``MomentumBatchNorm``'s two
    integer counters (``step`` and ``skipped``) but none of its arithmetic, with the step advanced by a
    constant ``+ 1``. On a 2-core CPU that constant, data-independent update alone makes XLA:CPU's
-   concurrent runtime run the step ~10% slower (it then executes the teacher's and the student's
+   concurrent runtime usually run the step 5–13% slower (it then executes the teacher's and the student's
    first convolutions one after the other), which is why ``MomentumBatchNorm`` computes its step
    from the commit (``committed + skipped``) instead.
 2. **How to compile the NNX step** (on a small model, where per-call overhead shows): ``nnx.jit``,
@@ -16,7 +16,8 @@
    ``make_train_step`` uses), and ``nnx.split``/``nnx.merge`` around ``jax.jit`` with the state
    carried by the caller.
 
-Run ``python benchmarks/bench_flax.py`` (``--quick`` for a smoke run); it prints markdown tables.
+Run ``python benchmarks/bench_flax.py`` (``--quick`` for a smoke run; ``--cnn 16x32x64`` adds a CNN of
+width 16 on 32×32 images, 2 views × 64, to the first table); it prints markdown tables.
 Each time is the median of ``--repeat`` calls, the candidates alternating call by call (so a change
 in machine load hits them alike); compilation is excluded (two warm-up calls). The first table also
 gives XLA's cost analysis of the two compiled steps (flops and bytes accessed), which does not
@@ -229,6 +230,17 @@ def bench_compile_modes(size: dict, repeat: int) -> dict[str, float]:
     return {name: float(np.median(t)) for name, t in interleaved(candidates, repeat).items()}
 
 
+def cnn_shape(text: str) -> dict[str, int]:
+    """``"16x32x64"`` → ``{"width": 16, "side": 32, "batch": 64}`` (for ``--cnn``)."""
+    try:
+        width, side, batch = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxSIDExBATCH, e.g. 16x32x64, got {text!r}") from None
+    if min(width, side, batch) < 1:
+        raise argparse.ArgumentTypeError(f"width, side and batch must be positive, got {text!r}")
+    return {"width": width, "side": side, "batch": batch}
+
+
 SIZES = {
     "full": {
         "mlp": {"din": 256, "width": 512, "hidden": 1024, "proj": 128, "batch": 128},
@@ -247,6 +259,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, few repeats (a smoke run)")
     parser.add_argument("--repeat", type=int, default=None, help="timed calls per candidate")
+    parser.add_argument(
+        "--cnn",
+        action="append",
+        default=[],
+        type=cnn_shape,
+        metavar="WIDTHxSIDExBATCH",
+        help="also time this CNN (e.g. 16x32x64: width 16, 32×32 images, 2 views × 64); repeatable",
+    )
     args = parser.parse_args()
     sizes = SIZES["quick" if args.quick else "full"]
     repeat = args.repeat or (5 if args.quick else 100)
@@ -262,8 +282,9 @@ def main() -> None:
         "| XLA flops ratio | XLA bytes ratio | control: plain BN + `step += 1` counters (ratio to plain) |"
     )
     print("|---|---|---|---|---|---|---|---|")
-    for kind in ("mlp", "conv"):
-        size = sizes[kind]
+    models = [("mlp", sizes["mlp"]), ("conv", sizes["conv"])]
+    models += [("conv", {**sizes["conv"], **extra}) for extra in args.cnn]
+    for kind, size in models:
         r = bench_overhead(kind, size, repeat)
         heads = f"heads {size['hidden']}→{size['proj']}, 2 views × {size['batch']}"
         if kind == "mlp":

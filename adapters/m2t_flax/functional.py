@@ -239,7 +239,7 @@ def _train_bn(
         var=jnp.where(finite, new_var, hist_var).astype(stats.var.dtype),
         # The step advances by one either way. It is written as "committed + skipped" (exactly one of
         # them is 1) rather than a constant "+ 1" so that the counter depends on this commit, as the
-        # statistics do: a step whose momentum BNs each add a data-independent "+ 1" is run ~12%
+        # statistics do: a step whose momentum BNs each add a data-independent "+ 1" is usually run 5–13%
         # slower by XLA:CPU's concurrent runtime, which then executes the teacher's and the student's
         # first convolutions one after the other (benchmarks/bench_flax.py keeps a control for it).
         step=stats.step + committed + skipped.astype(stats.step.dtype),
