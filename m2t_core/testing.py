@@ -154,7 +154,8 @@ def bn_rounding_bound(x: np.ndarray, stats: MomentumStats, kwargs: Mapping[str, 
     ``μ̂`` to a few ulp of ``max(|x|, |μ|)``, and ``|γ|/sqrt(σ̂² + eps)`` amplifies that. Where a view's
     spread is small next to its offset (few samples, a small ``α``), two correct float32 ports — or
     one and the float64 reference — differ by more than the fixed float32 ``atol``. The bound is that
-    ``atol`` plus 8 ulp of the amplified error; compare with
+    ``atol`` plus eight float32 unit roundoffs (2⁻²⁴, about four ulp) of ``max(|x|, |μ|)``, times the
+    largest ``|γ|/sqrt(σ̂² + eps)``; compare with
     ``assert_close(y, y_ref, atol=bn_rounding_bound(x, stats, kwargs))``.
 
     Args:
