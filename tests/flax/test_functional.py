@@ -181,9 +181,9 @@ def test_non_finite_commit_is_skipped_without_host_sync(mode):
 
 
 def test_step_counter_depends_on_the_commit():
-    # The step is computed from this commit's outcome, not as a constant "+ 1" (see _train_bn: a
-    # data-independent counter update makes XLA:CPU run the whole train step usually 5–13% slower). vmap with
-    # out_axes=None refuses an output that depends on the mapped input, so it tells them apart.
+    # The step is computed from this commit's outcome, not as a constant "+ 1" (see _train_bn: with a
+    # data-independent counter update XLA:CPU usually runs the whole train step 5–13% slower).
+    # vmap with out_axes=None refuses an output that depends on the mapped input, so it tells them apart.
     xs = jnp.asarray(np.random.default_rng(2).normal(size=(3, 4, 2)).astype(np.float32))
     stats = mf.init_stats(2)
 
